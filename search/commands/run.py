@@ -246,6 +246,12 @@ class _InterruptAwareStudy(optuna.Study):
                 with sigint_ignored():
                     trial.set_user_attr(records.TRIAL_FAIL_REASON, INTERRUPTED_REASON)
                 raise
+            except Exception as error:
+                if not _raised_by_interrupt(error):
+                    raise
+                with sigint_ignored():
+                    trial.set_user_attr(records.TRIAL_FAIL_REASON, INTERRUPTED_REASON)
+                raise KeyboardInterrupt from error
 
         super().optimize(objective, *args, **kwargs)
 
@@ -364,7 +370,29 @@ def _run_interleaved(
     except KeyboardInterrupt:
         with sigint_ignored():
             raise _Interrupted(_interrupted_message(current)) from None
+    except Exception as error:
+        if not _raised_by_interrupt(error):
+            raise
+        with sigint_ignored():
+            raise _Interrupted(_interrupted_message(current)) from None
     return started
+
+
+def _raised_by_interrupt(error: BaseException) -> bool:
+    """Tell whether ``error`` was raised while a KeyboardInterrupt was being handled.
+
+    A Ctrl-C inside the cleanup of Optuna's journal file lock (optuna 5.1) makes the
+    cleanup run twice, and the second run raises FileNotFoundError in place of the
+    KeyboardInterrupt. Such an error is an interruption, not a failure of the trial.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
 
 
 def _interrupted_message(study: _InterruptAwareStudy | None) -> str:
