@@ -223,6 +223,12 @@ def _parse_rdb_url(value: str) -> StorageLocation:
         url = make_url(value)
     except sqlalchemy.exc.ArgumentError as error:
         raise StorageURLError(f"invalid storage URL {masked!r} ({error}); {_EXAMPLES}") from None
+    except ValueError:
+        # SQLAlchemy 2.1 raises a bare ValueError for a port that is not a number. The
+        # message below names the masked URL instead.
+        raise StorageURLError(
+            f"invalid storage URL {masked!r}: the port must be a number; {_EXAMPLES}"
+        ) from None
 
     backend = url.get_backend_name()
     if backend not in RDB_BACKENDS:

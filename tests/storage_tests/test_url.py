@@ -85,6 +85,7 @@ def test_parse_storage_url_splits_postgres_parts() -> None:
         (f"postgresql+psycopg://user:{PASSWORD}@h:5432", "name the database"),
         ("grpc://127.0.0.1", "grpc://HOST:PORT"),
         ("grpc://127.0.0.1:notaport", "grpc://HOST:PORT"),
+        (f"postgresql+psycopg://user:{PASSWORD}@h:notaport/db", "port must be a number"),
     ],
 )
 def test_parse_storage_url_rejects(value: str, expected_in_message: str) -> None:
