@@ -451,15 +451,24 @@ def write_report(
     The file is written under a temporary name and then renamed, so a reader never sees
     half a report. Missing parent directories are created.
     """
-    document = build_report(storage, group, storage_label=storage_label)
     path = Path(out)
+    if path.is_dir():
+        raise ReportError(
+            f"--out {str(path)!r} is a directory; name a file, such as {str(path / 'report.html')!r}"
+        )
+
+    document = build_report(storage, group, storage_label=storage_label)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as handle:
         handle.write(document)
         temporary = Path(handle.name)
-    temporary.replace(path)
+    try:
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
     _logger.info("Wrote the report of study group %r to %s", group, path)
     return path
 

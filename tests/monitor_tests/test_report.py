@@ -95,6 +95,18 @@ def _journal_study(tmp_path: Path, name: str) -> tuple[str, optuna.Study]:
     return path, study
 
 
+def test_report_out_directory_is_rejected(tmp_path: Path) -> None:
+    path, study = _journal_study(tmp_path, "small/transformer")
+    add_record_trial(study, [0.5, 0.6], [0.4, 0.5])
+    out_dir = tmp_path / "reports"
+    out_dir.mkdir()
+
+    assert report.run_report(_report_args(path, "small", out_dir)) == 1
+
+    assert list(out_dir.iterdir()) == []
+    assert not [name for name in tmp_path.iterdir() if name.name.startswith(".reports.")]
+
+
 def test_report_too_few_trials_for_importance(tmp_path: Path) -> None:
     path, study = _journal_study(tmp_path, "small/transformer")
     add_record_trial(study, [0.5, 0.6], [0.4, 0.5])
