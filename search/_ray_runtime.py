@@ -71,6 +71,7 @@ def init_ray(
         return False
 
     if address:
+        _check_ray_address_reachable(address)
         _logger.info("Joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         _logger.info("Joined the Ray cluster (GCS %s): %s", _gcs_address(), _describe_resources())
@@ -239,3 +240,31 @@ def configure_worker_logging(level: int) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
+
+
+# Seconds to wait for the head's port before giving up. ray.init itself retries an
+# unreachable address for minutes and does not stop on SIGTERM meanwhile.
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_ray_address_reachable(address: str) -> None:
+    """Raise ConnectionError unless something accepts TCP connections at ``address``.
+
+    Only ``HOST:PORT`` and ``ray://HOST:PORT`` are probed; ``auto`` and other forms are
+    left to ray.init.
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, separator, port_text = target.rpartition(":")
+    if not separator or not host or not port_text.isdigit():
+        return
+
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise ConnectionError(
+            f"nothing accepts connections at {host}:{port_text} within "
+            f"{RAY_CONNECT_TIMEOUT_S:g} s ({error.strerror or error})"
+        ) from None

@@ -48,3 +48,22 @@ def test_init_ray_rejects_redis_port(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="Redis's port"):
         init_ray(num_cpus=1)
     assert not ray.is_initialized()
+
+
+def test_init_ray_unreachable_address_fails_fast() -> None:
+    import socket
+    import time
+
+    import ray
+
+    # A port that was just free on 127.0.0.1 has nobody listening on it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        init_ray(f"127.0.0.1:{port}", num_cpus=1, num_gpus=0)
+
+    assert time.monotonic() - started < 30
+    assert not ray.is_initialized()
