@@ -205,7 +205,7 @@ class TFTClassifier(SequenceClassifier):
     6. mean over time and a linear head.
     The LSTM supplies the order of the time steps, so no position codes are added.
 
-    After each forward pass ``last_variable_weights`` holds the variable selection
+    After each forward pass ``last_variable_weights`` contains the variable selection
     weights [B, T, F] (detached; non-negative, summing to 1 over F).
 
     Shape: x [B, T, F] -> logits [B].

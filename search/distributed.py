@@ -10,7 +10,7 @@ trials that its scheduler stopped as COMPLETE.
 - Resources: each worker task reserves ``cpus_per_trial`` CPUs and ``gpus_per_trial``
   GPUs. A fraction packs several trials on one GPU (0.25 packs four). A worker with a GPU
   trains on it, and one without a GPU trains on the CPU.
-- Spreading: before each trial a worker asks a ``TrialQuota`` actor for the study with the
+- Spreading: before each trial a worker requests from a ``TrialQuota`` actor the study with the
   fewest trials below its budget, so the workers share the architectures and the run ends
   with exactly ``n_trials`` trials per study.
 - Progress: the driver polls the storage every ``poll_interval`` seconds, fails trials whose

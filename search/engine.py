@@ -436,8 +436,8 @@ def prepare_studies(
     ``enqueue_defaults`` its first trial is the architecture's default config, when
     the space contains it.
 
-    Resuming compares what is given with what the study recorded and raises
-    StudyMismatchError naming the changed keys; an argument left None is taken from
+    Resuming compares the arguments with what the study recorded and raises
+    StudyMismatchError naming the changed keys. An argument left None is taken from
     the study. ``settings`` may be a partial mapping of TrainSettings fields (e.g.
     only those the user set). ``space`` is a space mapping, a space file or None
     (the shipped default for new studies).

@@ -3,7 +3,7 @@
 Both read the trial record that the objective writes every epoch. The intermediate
 value at step e is the validation F1 after epoch e (epochs count from 0). The user
 attribute ``train_f1_curve`` lists the F1 on a fixed sample of training windows.
-``CombinedPruner`` asks the underfit rule first, then the Optuna pruner, and keeps
+``CombinedPruner`` consults the underfit rule first, then the Optuna pruner, and keeps
 which of them stopped each trial and why, for the ``pruned_by`` and
 ``prune_reason`` attributes.
 
@@ -83,8 +83,8 @@ class UnderfitPruner(BasePruner):
     longer improves on them, lacks capacity or learning rate. More epochs will not fix that.
 
     Defaults: ``margin`` 0.02 and ``min_delta`` 0.02 are at or below the epoch-to-epoch
-    noise of F1 on a few hundred windows, so a single epoch proves nothing; the 5-epoch
-    window and 3 consecutive epochs are what make a chance gap unlikely to prune. A
+    noise of F1 on a few hundred windows, so a single epoch proves nothing. The 5-epoch
+    window and 3 consecutive epochs make a chance gap unlikely to prune. A
     model still gaining less than ``min_delta`` per window counts as flat: at that pace
     the epoch cap ends training before it catches up. With much smaller evaluation
     samples, raise ``margin`` or ``underfit_patience``.
@@ -190,8 +190,8 @@ class CombinedPruner(BasePruner):
     epochs: it compares the trial's best validation F1 so far with the median of the
     completed trials at the same epoch, so one noisy epoch does not stop a trial, and
     it needs no budget up front. Hyperband and successive halving assume many cheap
-    trials and stop most of them after a few epochs, which noisy F1 and slowly
-    warming-up transformers punish; they remain available by name.
+    trials and stop most of them after a few epochs. Noisy F1 and transformers that
+    warm up slowly make those early stops unreliable, so they are available by name only.
 
     ``explain(study, trial)`` returns the last decision made for a trial in this
     process (by trial number; one pruner instance serves one study) as a

@@ -1,6 +1,6 @@
 """Optuna's gRPC storage proxy between many workers and one database.
 
-Workers open ``grpc://HOST:PORT`` and the proxy holds the only database connections, so a
+Workers open ``grpc://HOST:PORT`` and the proxy keeps the only database connections, so a
 run with hundreds of workers needs ``max_workers`` connections instead of hundreds.
 """
 

@@ -12,7 +12,7 @@ of price, generation forecast, load forecast and the hour of day as sine and cos
 one market. Its label is whether the next hour's price lies in the top 18% of that market's
 train-split prices. A session is the calendar day of the label hour, shared by both markets.
 Days go to the splits in seeded blocks of four weeks, and where the split changes the first
-day of the block is dropped, so no window sees hours of another split's days.
+day of the block is dropped, so no window spans hours of another split's days.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An ``.npz`` file contains finished windows: ``X`` [N, T, F] float, ``y`` [N] in {0, 1} and
 ``session`` [N] (numbers or strings), plus optionally ``feature_names`` [F].
 
-A table holds one row per time step with the columns ``session`` (the session id),
+A table contains one row per time step with the columns ``session`` (the session id),
 ``order`` (sorts the rows of a session, for example a timestamp or step number) and
 ``label`` (0 or 1). Every other column is a numeric feature. Windows of ``--window`` rows
 start every ``--stride`` rows (default half a window) inside one session. A window's label

@@ -56,7 +56,7 @@ def test_init_ray_unreachable_address_fails_fast() -> None:
 
     import ray
 
-    # A port that was just free on 127.0.0.1 has nobody listening on it.
+    # A port that was just free on 127.0.0.1 has no listener on it.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
