@@ -134,7 +134,13 @@ class SequenceClassifier(nn.Module):
             )
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, x: torch.Tensor, num_samples: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the probability [B] of one deterministic pass and a zero deviation [B].
+
+        ``num_samples`` is accepted for the sampling models' sake and ignored here.
+        """
         was_training = self.training
         self.eval()
         try:
@@ -154,6 +160,8 @@ class SequenceClassifier(nn.Module):
         draw from torch's global generator, so a fixed ``torch.manual_seed`` before the
         call gives the same result on the same device.
         """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         modes = {module: module.training for module in self.modules()}
         self.eval()
         self._prepare_sampling()

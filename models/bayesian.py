@@ -202,9 +202,15 @@ class BayesianClassifier(SequenceClassifier):
         layers = [module for module in self.modules() if isinstance(module, BayesianLinear)]
         return torch.stack([layer.kl_divergence() for layer in layers]).sum()
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mean probability [B] and its standard deviation [B] over ``num_samples`` weight samples."""
-        return self._predict_by_sampling(x, self.config.num_samples)
+    def predict(
+        self, x: torch.Tensor, num_samples: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the mean probability [B] and its standard deviation [B] over weight samples.
+
+        ``num_samples`` overrides ``config.num_samples`` for this call.
+        """
+        count = self.config.num_samples if num_samples is None else num_samples
+        return self._predict_by_sampling(x, count)
 
     def _prepare_sampling(self) -> None:
         for module in self.modules():

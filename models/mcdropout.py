@@ -90,9 +90,15 @@ class MCDropoutClassifier(SequenceClassifier):
         pooled = self.norm(hidden).mean(dim=1)  # [B, d_model]
         return self.head(pooled).squeeze(-1)  # [B]
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the mean probability [B] and its standard deviation [B] over ``num_samples`` passes."""
-        return self._predict_by_sampling(x, self.config.num_samples)
+    def predict(
+        self, x: torch.Tensor, num_samples: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the mean probability [B] and its standard deviation [B] over passes.
+
+        ``num_samples`` overrides ``config.num_samples`` for this call.
+        """
+        count = self.config.num_samples if num_samples is None else num_samples
+        return self._predict_by_sampling(x, count)
 
     def _prepare_sampling(self) -> None:
         for module in self.modules():

@@ -133,7 +133,8 @@ def train_command(args: argparse.Namespace) -> int:
         log_context=f"train {path.name}",
     )
 
-    # Score the best epoch's weights on the device they were trained on, as training did.
+    # Score the best epoch's weights on the device they were trained on, with the
+    # stochastic passes training used, so the val F1 compares with the preset's.
     device = resolve_device(settings.device)
     model = models.build_model(
         architecture, preset["model"], num_features=dataset.num_features, seq_len=dataset.seq_len
@@ -141,8 +142,13 @@ def train_command(args: argparse.Namespace) -> int:
     assert result.best_state is not None  # train_model runs at least one epoch
     model.load_state_dict(result.best_state)
     model.to(device).eval()
-    val_scores = evaluate(model, dataset.val, settings.eval_batch_size, device=device)
-    test_scores = evaluate(model, dataset.test, settings.eval_batch_size, device=device)
+    val_scores, test_scores = (
+        evaluate(
+            model, split, settings.eval_batch_size, device=device,
+            num_samples=settings.eval_samples,
+        )
+        for split in (dataset.val, dataset.test)
+    )
 
     recorded = preset.get("metrics", {}).get("val_f1")
     print(_train_report(path, preset, dataset, result, val_scores, test_scores, recorded))

@@ -108,3 +108,25 @@ def test_count_matches_transformer_with_same_sizes() -> None:
     transformer = models.count_parameters("transformer", sizes, NUM_FEATURES)
 
     assert mcdropout == transformer
+
+
+def test_predict_num_samples_overrides_config(windows: torch.Tensor) -> None:
+    model = _build(num_samples=20)
+    calls = []
+    model.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+
+    model.predict(windows, num_samples=3)
+    assert len(calls) == 3
+    model.predict(windows)
+    assert len(calls) == 3 + 20
+
+
+def test_predict_rejects_non_positive_num_samples(windows: torch.Tensor) -> None:
+    model = _build()
+    for bad in (0, -1, 2.0, True):
+        try:
+            model.predict(windows, num_samples=bad)  # type: ignore[arg-type]
+        except ValueError as error:
+            assert "num_samples" in str(error)
+        else:
+            raise AssertionError(f"num_samples={bad!r} was accepted")

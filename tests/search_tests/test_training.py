@@ -202,6 +202,34 @@ def test_train_model_every_architecture(architecture: str) -> None:
     assert result.best_state is not None
 
 
+def test_train_model_scores_sampling_models_with_eval_samples() -> None:
+    """Per-epoch scores of mcdropout make eval_samples passes, not config.num_samples."""
+    dataset = _small_watch()
+    config = {**TINY_TRANSFORMER, "num_samples": 20}
+    passes = []
+    original_predict = models.MCDropoutClassifier.predict
+
+    def counting_predict(self, x, num_samples=None):  # type: ignore[no-untyped-def]
+        passes.append(num_samples)
+        return original_predict(self, x, num_samples)
+
+    models.MCDropoutClassifier.predict = counting_predict  # type: ignore[method-assign]
+    try:
+        result = train_model("mcdropout", config, dataset, _settings(max_epochs=1, eval_samples=3))
+    finally:
+        models.MCDropoutClassifier.predict = original_predict  # type: ignore[method-assign]
+
+    assert passes and set(passes) == {3}
+
+    model = models.build_model("mcdropout", config, num_features=dataset.num_features)
+    assert result.best_state is not None
+    model.load_state_dict(result.best_state)
+    torch.manual_seed(0)
+    first = evaluate(model, dataset.val, num_samples=3)
+    torch.manual_seed(0)
+    assert evaluate(model, dataset.val, num_samples=3) == first
+
+
 def test_evaluate_matches_sklearn_on_predict() -> None:
     dataset = _small_watch()
     torch.manual_seed(0)
@@ -239,6 +267,7 @@ def test_evaluate_no_predicted_positive_gives_zero_f1() -> None:
         ("max_epochs", 0, "max_epochs must be >= 1"),
         ("patience", 2.5, "patience must be an integer"),
         ("batch_size", True, "batch_size must be an integer"),
+        ("eval_samples", 0, "eval_samples must be >= 1"),
         ("device", "tpu", "device must be auto, cpu, cuda or cuda:N"),
         ("lr", float("nan"), "lr must be a finite number"),
     ],
