@@ -498,6 +498,7 @@ def run_report(args: argparse.Namespace) -> int:
     from storage import (
         StorageError,
         StorageURLError,
+        check_storage_exists,
         close_storage,
         mask_url,
         open_storage,
@@ -506,6 +507,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     storage_url = resolve_storage_url(args.storage)
     try:
+        check_storage_exists(storage_url)
         # The report runs no trials, so it sends no heartbeats.
         storage = open_storage(storage_url, heartbeat_interval=0)
     except StorageURLError as error:

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from storage._errors import StorageURLError
+from storage._errors import StorageError, StorageURLError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -166,6 +166,24 @@ def parse_storage_url(storage: str) -> StorageLocation:
             f"write {mask_url(fixed)!r}"
         )
     return _parse_rdb_url(value)
+
+
+def check_storage_exists(storage: str) -> None:
+    """Raise StorageError when ``storage`` names a journal or SQLite file that does not exist.
+
+    Commands that only read studies call this first: opening a missing file would
+    create an empty one. Server URLs are not checked here; opening them reports a
+    missing database.
+    """
+    location = parse_storage_url(storage)
+    if location.kind not in ("journal", "sqlite") or not location.path:
+        return
+    if location.path == ":memory:" or os.path.exists(location.path):
+        return
+    raise StorageError(
+        f"{location.describe()} does not exist; check --storage (or ${STORAGE_ENV_VAR}), "
+        "or start a study there with archsweep run"
+    )
 
 
 def _parse_journal_path(value: str) -> StorageLocation:

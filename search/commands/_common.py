@@ -75,17 +75,28 @@ def check_study_name(group: str) -> None:
         )
 
 
-def open_command_storage(storage: str | None, *, runs_trials: bool) -> tuple[BaseStorage, str]:
+def open_command_storage(
+    storage: str | None, *, runs_trials: bool, existing: bool = False
+) -> tuple[BaseStorage, str]:
     """Validate and open a --storage value; return the storage and its masked URL.
 
     The value is checked before any connection is made, so a malformed URL raises
     StorageURLError (exit status 2) and an unreachable server StorageError (exit 1).
-    Commands that only read get no heartbeat thread.
+    Commands that only read get no heartbeat thread. With ``existing``, a journal or
+    SQLite file that does not exist raises StorageError instead of being created.
     """
-    from storage import mask_url, open_storage, parse_storage_url, resolve_storage_url
+    from storage import (
+        check_storage_exists,
+        mask_url,
+        open_storage,
+        parse_storage_url,
+        resolve_storage_url,
+    )
 
     url = resolve_storage_url(storage)
     parse_storage_url(url)
+    if existing:
+        check_storage_exists(url)
     opened = open_storage(url) if runs_trials else open_storage(url, heartbeat_interval=0)
     return opened, mask_url(url)
 

@@ -44,7 +44,7 @@ def export_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {out} is a file; pass a folder (it is created when missing)")
     password = _storage_password(args.storage)
 
-    storage, storage_label = open_command_storage(args.storage, runs_trials=False)
+    storage, storage_label = open_command_storage(args.storage, runs_trials=False, existing=True)
     try:
         studies = find_group_studies(storage, args.study, storage_label)
         problems = []  # (what is missing, how to fix it), per architecture not exported

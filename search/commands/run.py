@@ -546,7 +546,7 @@ def worker_command(args: argparse.Namespace) -> int:
     parse_storage_url(resolve_storage_url(args.storage))
     configure_optuna_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
 
-    storage, storage_label = open_command_storage(args.storage, runs_trials=False)
+    storage, storage_label = open_command_storage(args.storage, runs_trials=False, existing=True)
     try:
         architectures = list(find_group_studies(storage, args.study, storage_label, selected))
     finally:

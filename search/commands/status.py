@@ -164,7 +164,7 @@ def status_command(args: argparse.Namespace) -> int:
     from storage import close_storage
 
     check_study_name(args.study)
-    storage, storage_label = open_command_storage(args.storage, runs_trials=False)
+    storage, storage_label = open_command_storage(args.storage, runs_trials=False, existing=True)
     try:
         studies = find_group_studies(storage, args.study, storage_label)
         print(format_status(args.study, storage_label, study_rows(studies)))

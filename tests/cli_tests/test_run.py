@@ -327,3 +327,21 @@ def test_command_on_missing_study_lists_existing(
     assert "no study 'nope'" in line
     assert f"{finished_study.group} (mamba, transformer)" in line
     assert not (tmp_path / "presets").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "worker", "export", "report"])
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_command_on_missing_storage_file_creates_nothing(
+    tmp_path: Path, capsys, command: str, kind: str
+):
+    path = tmp_path / ("absent.journal" if kind == "journal" else "absent.db")
+    value = str(path) if kind == "journal" else f"sqlite:///{path}"
+    extra = {"export": ["--out", str(tmp_path / "presets")], "report": ["--out", str(tmp_path / "r.html")]}
+    status = main([command, "--study", "nope", "--storage", value, *extra.get(command, [])])
+    err = capsys.readouterr().err
+
+    assert status == EXIT_FAILURE
+    assert f"{path} does not exist" in err
+    assert "Traceback" not in err
+    assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
