@@ -163,12 +163,24 @@ def build_preset(
     return preset
 
 
+def default_file_mode() -> int:
+    """Return the mode a new file gets from open(): 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomically(path: Path, write: Any) -> None:
-    """Write ``path`` through a temporary file in its folder, so readers never see half of it."""
+    """Write ``path`` through a temporary file in its folder, so readers never see half of it.
+
+    mkstemp creates the temporary file with mode 0600; the result gets the mode that
+    open() would give a new file, so presets stay readable where other files are.
+    """
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
     try:
         write(Path(temporary))
+        os.chmod(temporary, default_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -185,7 +197,8 @@ def write_preset(
     """Write ``<out_dir>/<architecture>.yaml`` (and the weights beside it); return the path.
 
     ``weights_source`` is copied to ``<architecture>.safetensors`` and the preset names
-    it. ``forbidden_text`` (a storage password) must not appear in the file: ValueError
+    it; without it, an older ``<architecture>.safetensors`` in ``out_dir`` is removed, so
+    no weights file lies beside a preset that does not name it. ``forbidden_text`` (a storage password) must not appear in the file: ValueError
     otherwise, before anything is written.
     """
     out = Path(out_dir)
@@ -206,6 +219,11 @@ def write_preset(
         weights_path = out / content["weights"]
         _write_atomically(weights_path, lambda target: shutil.copyfile(weights_source, target))
     _write_atomically(path, lambda target: target.write_text(text, encoding="utf-8"))
+    if weights_source is None:
+        stale = out / f"{architecture}{WEIGHTS_SUFFIX}"
+        if stale.is_file():
+            stale.unlink()
+            _logger.info("removed %s: the new preset names no weights", stale)
     _logger.info("wrote preset %s", path)
     return path
 

@@ -32,6 +32,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from search import figures
+from search.presets import default_file_mode
 
 __all__ = [
     "ReportError",
@@ -465,6 +466,7 @@ def write_report(
         handle.write(document)
         temporary = Path(handle.name)
     try:
+        temporary.chmod(default_file_mode())  # NamedTemporaryFile creates it 0600
         temporary.replace(path)
     except OSError:
         temporary.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from search.cli import EXIT_OK, EXIT_USAGE, main
@@ -88,13 +90,18 @@ def test_status_counts_pruners_and_failures(tmp_path: Path, tiny_space: Path, ca
 
 def test_report_command_writes_html(finished_study: FinishedStudy, tmp_path: Path, capsys):
     out = tmp_path / "report.html"
-    status = main([
-        "report", "--study", finished_study.group, "--storage", str(finished_study.storage),
-        "--out", str(out),
-    ])
+    previous = os.umask(0o022)
+    try:
+        status = main([
+            "report", "--study", finished_study.group, "--storage", str(finished_study.storage),
+            "--out", str(out),
+        ])
+    finally:
+        os.umask(previous)
 
     assert status == EXIT_OK, capsys.readouterr().err
     assert out.read_text().startswith("<!DOCTYPE html>")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_dashboard_command_rejects_bad_port(tmp_path: Path, capsys):

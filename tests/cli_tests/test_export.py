@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +132,38 @@ def test_export_without_weights_names_none(finished_study: FinishedStudy, tmp_pa
     assert status == EXIT_OK
     assert "weights" not in preset
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_export_without_weights_removes_stale_weights(
+    finished_study: FinishedStudy, exported: Path, tmp_path: Path
+):
+    out = tmp_path / "presets"
+    shutil.copytree(exported, out)
+    assert (out / "transformer.safetensors").is_file()
+
+    status = main([
+        "export", "--study", finished_study.group, "--storage", str(finished_study.storage),
+        "--out", str(out),
+    ])
+
+    assert status == EXIT_OK
+    assert not list(out.glob("*.safetensors"))
+    assert (out / "transformer.yaml").is_file()
+
+
+def test_export_files_follow_umask(finished_study: FinishedStudy, tmp_path: Path):
+    previous = os.umask(0o022)
+    try:
+        status = main([
+            "export", "--study", finished_study.group, "--storage", str(finished_study.storage),
+            "--out", str(tmp_path), "--weights",
+        ])
+    finally:
+        os.umask(previous)
+
+    assert status == EXIT_OK
+    for path in [*tmp_path.glob("*.yaml"), *tmp_path.glob("*.safetensors")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_export_without_completed_trial_exits_1(tmp_path: Path, tiny_space: Path, capsys):
