@@ -225,6 +225,15 @@ def _create_study(
     direction: StudyDirection,
     user_attrs: Mapping[str, Any],
 ) -> bool:
+    # Look before creating: on a journal file, create_new_study appends a record even
+    # when the name exists, so every resume would grow the file.
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        pass
+    else:
+        _logger.debug("Study %s exists already", name)
+        return False
     try:
         study_id = storage.create_new_study([direction], name)
     except DuplicatedStudyError:

@@ -324,6 +324,15 @@ def test_create_studies_keeps_existing(tmp_path: Path) -> None:
     assert optuna.load_study(study_name="g/a", storage=opened).user_attrs == {"round": 1}
 
 
+def test_create_studies_existing_appends_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "studies.journal"
+    create_studies(str(path), ["g/a"])
+    size = path.stat().st_size
+
+    assert create_studies(str(path), ["g/a"]) == {"g/a": False}
+    assert path.stat().st_size == size
+
+
 # Heartbeat: a killed worker's trial turns FAIL and is retried once.
 
 
