@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "RESERVED_PORTS",
+    "check_ray_address_reachable",
     "configure_worker_logging",
     "gcs_port",
     "init_ray",
@@ -71,7 +72,7 @@ def init_ray(
         return False
 
     if address:
-        _check_ray_address_reachable(address)
+        check_ray_address_reachable(address)
         _logger.info("Joining the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         _logger.info("Joined the Ray cluster (GCS %s): %s", _gcs_address(), _describe_resources())
@@ -247,7 +248,7 @@ def configure_worker_logging(level: int) -> None:
 RAY_CONNECT_TIMEOUT_S = 5.0
 
 
-def _check_ray_address_reachable(address: str) -> None:
+def check_ray_address_reachable(address: str) -> None:
     """Raise ConnectionError unless something accepts TCP connections at ``address``.
 
     Only ``HOST:PORT`` and ``ray://HOST:PORT`` are probed; ``auto`` and other forms are

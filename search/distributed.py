@@ -377,6 +377,14 @@ def run_distributed(
 
     started = time.monotonic()
     architectures = list(dict.fromkeys(architectures))
+    if ray_address:
+        import ray
+
+        from search._ray_runtime import check_ray_address_reachable
+
+        if not ray.is_initialized():
+            # Before the studies are created: a dead head must leave the storage as it was.
+            check_ray_address_reachable(ray_address)
     shared_url = _shared_storage_url(storage_url, local_cluster=not ray_address)
     storage = _open_driver_storage(shared_url, heartbeat_interval, grace_period, failed_trial_max_retry)
     try:

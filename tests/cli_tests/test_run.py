@@ -313,6 +313,25 @@ def test_run_rejects_changed_settings_before_creating(tmp_path: Path, capsys, ti
     assert load_study(storage, "resume/transformer").trials == []
 
 
+def test_run_dead_ray_address_creates_no_study(tmp_path: Path, capsys):
+    import socket
+
+    # A port that was just free on 127.0.0.1 has no listener on it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = tmp_path / "studies.journal"
+
+    status = main(_run_args(
+        storage, "--arch", "transformer", "--ray-address", f"127.0.0.1:{port}", *WATCH_OPTIONS,
+    ))
+    line = error_line(capsys.readouterr().err)
+
+    assert status == EXIT_FAILURE
+    assert f"127.0.0.1:{port}" in line
+    assert _study_names(storage) == []
+
+
 # Commands on a study that does not exist.
 
 @pytest.mark.parametrize("command", ["status", "worker", "export"])
