@@ -861,6 +861,7 @@ def run_trials(
     device: str | None = None,
     artifacts_dir: str | Path | None = None,
     worker_index: int = 0,
+    log_level: int = logging.INFO,
 ) -> StudySummary:
     """Run trials of ``study`` on ``dataset`` until the study has ``n_trials`` or time runs out.
 
@@ -870,7 +871,9 @@ def run_trials(
     Optuna trial callbacks, called after every trial (for progress lines). A trial
     that fails (non-finite loss, out of memory, device error) is recorded as FAIL
     with its ``fail_reason`` and the worker goes on. ``device`` overrides the study's
-    training device for this worker.
+    training device for this worker. ``log_level`` is the level of the lines that
+    announce the worker's start and stop; a caller that runs one trial per call can
+    pass DEBUG to keep them out of its progress output.
 
     Raises StudyMismatchError when ``dataset`` is not the data the study recorded.
     """
@@ -912,7 +915,8 @@ def run_trials(
     trial_callbacks.append(PublishTrialCallback())
     trial_callbacks.extend(callbacks)
 
-    _logger.info(
+    _logger.log(
+        log_level,
         "study %s: worker %d starts (%s trials left, timeout %s)",
         study.study_name,
         worker_index,
@@ -929,7 +933,8 @@ def run_trials(
     )
 
     summary = summarize(study)
-    _logger.info(
+    _logger.log(
+        log_level,
         "study %s: worker %d stops; %d complete, %d pruned, %d failed, best val F1 %s",
         study.study_name,
         worker_index,

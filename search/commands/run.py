@@ -364,7 +364,7 @@ def _run_interleaved(
 
                 current = study
                 run_trials(study, dataset, n_trials=used + 1, timeout=remaining_s,
-                           callbacks=[progress[architecture]])
+                           callbacks=[progress[architecture]], log_level=logging.DEBUG)
                 current = None
                 started += 1
     except KeyboardInterrupt:
