@@ -87,11 +87,26 @@ def _check_run_options(args: argparse.Namespace) -> None:
             f"--gpus-per-trial must be a number of GPUs of 0 or more (fractions share a GPU), "
             f"got {args.gpus_per_trial:g}"
         )
+    if args.ray_address is not None:
+        _check_ray_address(args.ray_address)
     if args.gpus_per_trial and not _is_distributed(args):
         raise UsageError(
             "--gpus-per-trial applies to Ray runs only; add --workers N (N > 1) or "
             "--ray-address, or drop it (in-process runs use the GPU when one is visible)"
         )
+
+
+def _check_ray_address(address: str) -> None:
+    """Raise UsageError unless ``address`` is auto, HOST:PORT or ray://HOST:PORT."""
+    if address == "auto":
+        return
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if separator and host and port.isdigit() and 1 <= int(port) <= 65535:
+        return
+    raise UsageError(
+        f"--ray-address must be HOST:PORT (port 1-65535), ray://HOST:PORT or auto, got "
+        f"{address!r}; give the head node's GCS address, such as 127.0.0.1:6380"
+    )
 
 
 def _is_distributed(args: argparse.Namespace) -> bool:

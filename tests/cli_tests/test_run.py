@@ -313,6 +313,18 @@ def test_run_rejects_changed_settings_before_creating(tmp_path: Path, capsys, ti
     assert load_study(storage, "resume/transformer").trials == []
 
 
+@pytest.mark.parametrize("address", ["", "127.0.0.1", "127.0.0.1:notaport", ":6380", "h:99999"])
+def test_run_malformed_ray_address_is_usage_error(tmp_path: Path, capsys, address: str):
+    storage = tmp_path / "studies.journal"
+
+    status = main(_run_args(storage, "--arch", "transformer", "--ray-address", address, *WATCH_OPTIONS))
+    line = error_line(capsys.readouterr().err)
+
+    assert status == EXIT_USAGE
+    assert "--ray-address must be HOST:PORT" in line
+    assert not storage.exists()
+
+
 def test_run_dead_ray_address_creates_no_study(tmp_path: Path, capsys):
     import socket
 
