@@ -300,7 +300,7 @@ def run_ray_asha(ctx: dict[str, Any], seed: int) -> SearchRun:
             trial_ids.add(trial.trial_id)
             trial_epochs[trial.trial_id] = int(result["training_iteration"])
 
-    # Tune saves its stopper and callbacks with every experiment checkpoint, so they hold
+    # Tune saves its stopper and callbacks with every experiment checkpoint, so they contain
     # only small values. A closure over ctx pickled the whole dataset each time: about
     # 10 s per trial, against under 2 s without it (measured on 2 cores).
     budget = int(ctx["budget"])
@@ -529,7 +529,7 @@ def _child_command(
 
 
 def _same_setting(path: Path, args: argparse.Namespace) -> bool:
-    """Tell whether ``path`` is a finished search with this run's budget and data."""
+    """Return whether ``path`` is a finished search with this run's budget and data."""
     import json
 
     try:

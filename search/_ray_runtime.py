@@ -25,6 +25,7 @@ __all__ = [
     "init_ray",
     "resolve_gpus_per_trial",
     "select_cuda_device",
+    "split_ray_address",
     "worker_device",
 ]
 
@@ -248,24 +249,36 @@ def configure_worker_logging(level: int) -> None:
 RAY_CONNECT_TIMEOUT_S = 5.0
 
 
+def split_ray_address(address: str) -> tuple[str, int] | None:
+    """Return the host and port of ``HOST:PORT`` or ``ray://HOST:PORT``, else None.
+
+    None also covers ``auto`` and a port outside 1-65535.
+    """
+    host, separator, port_text = address.removeprefix("ray://").rpartition(":")
+    if not separator or not host or not port_text.isdigit():
+        return None
+    port = int(port_text)
+    return (host, port) if 1 <= port <= 65535 else None
+
+
 def check_ray_address_reachable(address: str) -> None:
     """Raise ConnectionError unless something accepts TCP connections at ``address``.
 
-    Only ``HOST:PORT`` and ``ray://HOST:PORT`` are probed; ``auto`` and other forms are
-    left to ray.init.
+    Only the forms ``split_ray_address`` accepts are probed. ``auto`` and other forms
+    are left to ray.init.
     """
     import socket
 
-    target = address.removeprefix("ray://")
-    host, separator, port_text = target.rpartition(":")
-    if not separator or not host or not port_text.isdigit():
+    parts = split_ray_address(address)
+    if parts is None:
         return
 
+    host, port = parts
     try:
-        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S):
             pass
     except OSError as error:
         raise ConnectionError(
-            f"nothing accepts connections at {host}:{port_text} within "
+            f"nothing accepts connections at {host}:{port} within "
             f"{RAY_CONNECT_TIMEOUT_S:g} s ({error.strerror or error})"
         ) from None

@@ -872,8 +872,8 @@ def run_trials(
     that fails (non-finite loss, out of memory, device error) is recorded as FAIL
     with its ``fail_reason`` and the worker goes on. ``device`` overrides the study's
     training device for this worker. ``log_level`` is the level of the lines that
-    announce the worker's start and stop; a caller that runs one trial per call can
-    pass DEBUG to keep them out of its progress output.
+    announce the worker's start and stop. A caller that runs one trial per call passes
+    DEBUG, so those lines stay out of its progress output.
 
     Raises StudyMismatchError when ``dataset`` is not the data the study recorded.
     """

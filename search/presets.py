@@ -197,9 +197,10 @@ def write_preset(
     """Write ``<out_dir>/<architecture>.yaml`` (and the weights beside it); return the path.
 
     ``weights_source`` is copied to ``<architecture>.safetensors`` and the preset names
-    it; without it, an older ``<architecture>.safetensors`` in ``out_dir`` is removed, so
-    no weights file lies beside a preset that does not name it. ``forbidden_text`` (a storage password) must not appear in the file: ValueError
-    otherwise, before anything is written.
+    it. Without it, an older ``<architecture>.safetensors`` in ``out_dir`` is removed, so
+    no weights file lies beside a preset that does not name it. ``forbidden_text`` (a
+    storage password) must not appear in the file: ValueError otherwise, before anything
+    is written.
     """
     out = Path(out_dir)
     architecture = preset["architecture"]

@@ -98,10 +98,9 @@ def _check_run_options(args: argparse.Namespace) -> None:
 
 def _check_ray_address(address: str) -> None:
     """Raise UsageError unless ``address`` is auto, HOST:PORT or ray://HOST:PORT."""
-    if address == "auto":
-        return
-    host, separator, port = address.removeprefix("ray://").rpartition(":")
-    if separator and host and port.isdigit() and 1 <= int(port) <= 65535:
+    from search._ray_runtime import split_ray_address
+
+    if address == "auto" or split_ray_address(address) is not None:
         return
     raise UsageError(
         f"--ray-address must be HOST:PORT (port 1-65535), ray://HOST:PORT or auto, got "
